@@ -1,0 +1,10 @@
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lyticsops.settings")
+application = get_asgi_application()
+
+from lyticsops.checks import ensure_production_ready  # noqa: E402  (needs settings loaded)
+
+ensure_production_ready()
