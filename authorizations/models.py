@@ -314,18 +314,28 @@ class Authorization(models.Model):
 
     def _clean_managed_account(self, check) -> None:
         self.username = self.username.strip()
-        check("username", validation.validate_managed_username, self.username)
+        if check("username", validation.validate_managed_username, self.username):
+            check("username", self._check_username_free)
         if self._new_account_password is not None:
             if check("password", validation.validate_managed_password, self._new_account_password):
                 self.password_hash = make_password(self._new_account_password)
         keys = check("public_keys", _parse_public_keys, self.public_keys)
-        if keys is not None:
+        if keys:
             self.public_keys = "\n".join(key.line for key in keys)
         if not self.password_hash and not self.public_keys.strip():
             check("password", _required, "Give a password or a public key (or both).")
         cidrs = check("allowed_ips", parse_cidrs, self.allowed_ips)
         if cidrs is not None:
             self.allowed_ips = cidrs
+
+    def _check_username_free(self) -> None:
+        # The constraint managed_sftp_username_unique_ci enforces this in the database;
+        # checking here puts the message beside the field instead of at the top of the form.
+        taken = Authorization.objects.filter(
+            method=Method.MANAGED_SFTP, username__iexact=self.username
+        ).exclude(pk=self.pk)
+        if taken.exists():
+            raise ValidationError("This username is already taken.", code="username_taken")
 
     def _clean_managed_use(self, check) -> None:
         if self.managed_account_id is None:
@@ -352,7 +362,7 @@ class Authorization(models.Model):
         from transfers import pgp
 
         if not self.pgp_private_key.strip():
-            raise ValidationError("Paste the PGP private key (ASCII-armoured).", code="required")
+            raise ValidationError("Paste the PGP private key (ASCII-armoured).", code="missing")
         try:
             info = pgp.inspect_private_key(self.pgp_private_key, self.pgp_passphrase or None)
         except pgp.PgpError as exc:
@@ -363,7 +373,7 @@ class Authorization(models.Model):
         from transfers import pgp
 
         if not self.pgp_public_key.strip():
-            raise ValidationError("Paste the PGP public key (ASCII-armoured).", code="required")
+            raise ValidationError("Paste the PGP public key (ASCII-armoured).", code="missing")
         try:
             info = pgp.inspect_public_key(self.pgp_public_key)
         except pgp.PgpKeyError as exc:
@@ -383,11 +393,12 @@ class Authorization(models.Model):
 
 
 def _required(message: str) -> None:
-    raise ValidationError(message, code="required")
+    # Not code="required": ModelForm would replace our message with its generic one.
+    raise ValidationError(message, code="missing")
 
 
 def _invalid(message: str) -> None:
-    raise ValidationError(message, code="invalid")
+    raise ValidationError(message, code="mismatch")
 
 
 def _load_private_key(text: str, passphrase: str | None):
@@ -400,6 +411,8 @@ def _load_private_key(text: str, passphrase: str | None):
 
 
 def _parse_public_keys(text: str):
+    if not text.strip():
+        return []
     from transfers import sshkeys
 
     try:
@@ -427,8 +440,84 @@ class ApiClient(AbstractApplication):
     scopes = models.CharField(
         max_length=500, blank=True, help_text="Space-separated scopes this client may request."
     )
-    active = models.BooleanField(default=True)
+    active = models.BooleanField(
+        default=True,
+        help_text="Unticking revokes the client: its live tokens stop working at once.",
+    )
+    # The secret is stored hashed (api.hashers); this is all that can be shown again.
+    secret_hint = models.CharField(max_length=16, blank=True, editable=False)
+    secret_rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta(AbstractApplication.Meta):
         swappable = "OAUTH2_PROVIDER_APPLICATION_MODEL"
         verbose_name = "API client"
+
+    # -- API client behaviour (see api/ for the token endpoint and the REST API) ------------
+    SECRET_HINT_LENGTH = 4
+
+    @property
+    def scope_list(self) -> list[str]:
+        """The scopes this client may request that the server still knows, in order."""
+        from oauth2_provider.settings import oauth2_settings
+
+        known = oauth2_settings.SCOPES
+        return [scope for scope in dict.fromkeys(self.scopes.split()) if scope in known]
+
+    def clean(self) -> None:
+        from oauth2_provider.settings import oauth2_settings
+
+        errors: dict[str, list[str]] = {}
+        try:
+            super().clean()
+        except ValidationError as exc:
+            errors.update(exc.message_dict)
+        if self.partner_id is None:
+            errors.setdefault("partner", []).append("Choose the partner this client acts for.")
+        requested = list(dict.fromkeys(self.scopes.split()))
+        unknown = [s for s in requested if s not in oauth2_settings.SCOPES]
+        if unknown:
+            errors.setdefault("scopes", []).append("Unknown scope(s): " + ", ".join(unknown))
+        self.scopes = " ".join(requested)
+        try:
+            self.allowed_ips = parse_cidrs(self.allowed_ips)
+        except ValidationError as exc:
+            errors.setdefault("allowed_ips", []).extend(exc.messages)
+        if errors:
+            raise ValidationError(errors)
+
+    def set_new_secret(self) -> str:
+        """Give the client a fresh random secret and return it: the only time it is readable.
+
+        The field holds the plaintext until the next save, which hashes it (ClientSecretField).
+        """
+        from django.utils import timezone
+        from oauth2_provider.generators import generate_client_secret
+
+        secret = generate_client_secret()
+        self.client_secret = secret
+        self.hash_client_secret = True
+        self.secret_hint = secret[: self.SECRET_HINT_LENGTH] + "…"
+        self.secret_rotated_at = timezone.now()
+        return secret
+
+    def rotate_secret(self) -> str:
+        """Replace the secret (the old one stops working) and revoke the tokens it obtained."""
+        secret = self.set_new_secret()
+        self.save()
+        self.revoke_tokens()
+        return secret
+
+    def revoke_tokens(self) -> int:
+        """Delete every token issued to this client; returns how many access tokens went."""
+        from oauth2_provider.models import get_access_token_model, get_refresh_token_model
+
+        get_refresh_token_model().objects.filter(application=self).delete()
+        deleted, _ = get_access_token_model().objects.filter(application=self).delete()
+        return deleted
+
+    def save(self, *args, **kwargs) -> None:
+        super().save(*args, **kwargs)
+        if not self.active:
+            # Revoking a client revokes its tokens too; the API also checks `active` on
+            # every request, so even a token that slips through stops working at once.
+            self.revoke_tokens()

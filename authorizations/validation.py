@@ -69,13 +69,14 @@ def validate_folder(value: str) -> str:
     return "/".join(parts)
 
 
-def validate_managed_username(value: str) -> None:
+def validate_managed_username(value: str) -> bool:
     if not MANAGED_USERNAME.match(value or ""):
         raise ValidationError(
             "Use 3 to 32 characters: letters a-z A-Z, digits 0-9, hyphen (-) and underscore (_);"
             " it cannot start with a hyphen.",
             code="invalid_username",
         )
+    return True
 
 
 def validate_managed_password(value: str) -> bool:

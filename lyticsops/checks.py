@@ -15,7 +15,7 @@ def production_secrets(app_configs, **kwargs) -> list[Error]:
         errors.append(
             Error(
                 "SECRET_KEY is not set while DEBUG is off.",
-                hint='Set it: export SECRET_KEY="$(python -c \'import secrets; '
+                hint="Set it: export SECRET_KEY=\"$(python -c 'import secrets; "
                 "print(secrets.token_urlsafe(50))')\"",
                 id="lyticsops.E001",
             )
@@ -24,7 +24,7 @@ def production_secrets(app_configs, **kwargs) -> list[Error]:
         errors.append(
             Error(
                 "FIELD_ENCRYPTION_KEYS is not set while DEBUG is off.",
-                hint='Set it: export FIELD_ENCRYPTION_KEYS="$(python -c \'from cryptography.fernet '
+                hint="Set it: export FIELD_ENCRYPTION_KEYS=\"$(python -c 'from cryptography.fernet "
                 "import Fernet; print(Fernet.generate_key().decode())')\"",
                 id="lyticsops.E002",
             )
@@ -42,6 +42,4 @@ def ensure_production_ready() -> None:
 
     errors = production_secrets(None)
     if errors:
-        raise ImproperlyConfigured(
-            "; ".join(f"{e.id}: {e.msg} {e.hint}" for e in errors)
-        )
+        raise ImproperlyConfigured("; ".join(f"{e.id}: {e.msg} {e.hint}" for e in errors))

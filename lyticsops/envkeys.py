@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 
 
-def dev_secret(var_dir: Path, name: str, *, fernet: bool = False) -> str:
+def dev_secret(var_dir: Path, name: str, *, fernet: bool = False, nbytes: int = 50) -> str:
     """Return the secret stored in ``var_dir/name``, creating it (mode 0600) if missing."""
     path = Path(var_dir) / name
     try:
@@ -20,7 +20,7 @@ def dev_secret(var_dir: Path, name: str, *, fernet: bool = False) -> str:
 
         value = Fernet.generate_key().decode()
     else:
-        value = secrets.token_urlsafe(50)
+        value = secrets.token_urlsafe(nbytes)
     # O_EXCL: two processes starting at once must not write two different keys.
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
