@@ -2,7 +2,7 @@
 
 import pytest
 
-pytest_plugins = ["tests.support.gpgkeys"]
+pytest_plugins = ["tests.support.gpgkeys", "tests.support.sshd"]
 
 
 @pytest.fixture
