@@ -140,7 +140,12 @@ class AuthorizationAdmin(admin.ModelAdmin):
                 computed = computed + COMPUTED["pgp"]
             sets.append(("Computed by the system", {"fields": computed}))
         if obj is not None and method == Method.MANAGED_SFTP:
-            sets.append(("Computed by the system", {"fields": ["password_set", "created_at"]}))
+            sets.append(
+                (
+                    "Computed by the system",
+                    {"fields": ["password_set", "server_address", "created_at"]},
+                )
+            )
         return sets
 
     @staticmethod
@@ -154,7 +159,13 @@ class AuthorizationAdmin(admin.ModelAdmin):
         return out
 
     def get_readonly_fields(self, request: HttpRequest, obj: Authorization | None = None):
-        computed = [*COMPUTED["connection"], *COMPUTED["pgp"], "password_set", "created_at"]
+        computed = [
+            *COMPUTED["connection"],
+            *COMPUTED["pgp"],
+            "password_set",
+            "server_address",
+            "created_at",
+        ]
         return (["method"] if obj else []) + computed
 
     def save_model(self, request: HttpRequest, obj: Authorization, form, change: bool) -> None:
@@ -201,6 +212,18 @@ class AuthorizationAdmin(admin.ModelAdmin):
     def password_set(self, obj: Authorization) -> str:
         return "yes (stored as a hash)" if obj.password_hash else "no"
 
+    @admin.display(description="server")
+    def server_address(self, obj: Authorization) -> str:
+        from django.conf import settings
+
+        from sftpd.hostkey import host_key_fingerprint
+
+        fingerprint = host_key_fingerprint() or "not known yet (start runsftpd once)"
+        return (
+            f"sftp -P {settings.MANAGED_SFTP_PORT} {obj.username}@{settings.MANAGED_SFTP_HOST}"
+            f" — host key {fingerprint}"
+        )
+
     # -- test connection / host key pin ------------------------------------------------
     def get_urls(self):
         wrap = self.admin_site.admin_view
@@ -214,6 +237,11 @@ class AuthorizationAdmin(admin.ModelAdmin):
                 "<path:object_id>/clear-host-key/",
                 wrap(self.clear_host_key_view),
                 name="authorizations_authorization_clear_host_key",
+            ),
+            path(
+                "<path:object_id>/generate-ssh-key/",
+                wrap(self.generate_ssh_key_view),
+                name="authorizations_authorization_generate_ssh_key",
             ),
             *super().get_urls(),
         ]
@@ -244,6 +272,29 @@ class AuthorizationAdmin(admin.ModelAdmin):
         )
         return HttpResponseRedirect(self._change_url(obj))
 
+    def generate_ssh_key_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Generate a key pair for a managed account; the response is the only copy.
+
+        The public half is installed on the account; the private half is encrypted to the
+        partner's PGP public key and sent back as this one download. Nothing else keeps it.
+        """
+        from sftpd.onboarding import OnboardingError, generate_account_keypair
+
+        obj = self._object_for_post(request, object_id)
+        kind = request.POST.get("kind", "ed25519")
+        if kind not in ("ed25519", "rsa4096") or not obj.is_managed_account:
+            raise PermissionDenied("Choose Ed25519 or RSA 4096 for a managed account.")
+        try:
+            armored = generate_account_keypair(obj, kind)
+        except OnboardingError as exc:
+            messages.error(request, str(exc))
+            return HttpResponseRedirect(self._change_url(obj))
+        response = HttpResponse(armored, content_type="application/pgp-encrypted")
+        filename = f"{obj.username}-ssh-{kind}-key.asc"
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        response["Cache-Control"] = "no-store"
+        return response
+
     @admin.action(description="Test connection")
     def test_connection_action(self, request: HttpRequest, queryset) -> None:
         for obj in queryset.select_related("partner", "managed_account"):
@@ -256,3 +307,7 @@ class AuthorizationAdmin(admin.ModelAdmin):
         report = services.run_connection_test(obj)
         level = messages.SUCCESS if report.ok else messages.ERROR
         messages.add_message(request, level, format_html("{}: {}", obj.label, report.message))
+
+
+# The API client admin lives in its own module (one-time secret display, rotation).
+from authorizations import admin_apiclients  # noqa: E402, F401

@@ -70,6 +70,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves collected static files (admin CSS, API docs assets) under gunicorn too.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -127,6 +129,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+# Without `collectstatic` (development, tests) WhiteNoise finds the files in the apps.
+WHITENOISE_USE_FINDERS = True
 
 if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", True)
@@ -142,6 +146,30 @@ MANAGED_SFTP_HOST_KEY = Path(os.environ.get("MANAGED_SFTP_HOST_KEY", VAR_DIR / "
 # --- Outbound SFTP ----------------------------------------------------------------------
 SFTP_CONNECT_TIMEOUT = float(os.environ.get("SFTP_CONNECT_TIMEOUT", "15"))
 
+# --- Imports (transfers.imports): limits and knobs ------------------------------------------
+# A file whose size or mtime changes between two looks this far apart is still being written.
+IMPORT_STABILITY_SECONDS = float(os.environ.get("IMPORT_STABILITY_SECONDS", "5"))
+# Records per upsert batch (one COPY + one INSERT ... ON CONFLICT on PostgreSQL).
+IMPORT_BATCH_SIZE = int(os.environ.get("IMPORT_BATCH_SIZE", "20000"))
+# Decompression-bomb guards: total output of a decompressing layer (gzip, zip, PGP), and the
+# output/input ratio once the output passed IMPORT_RATIO_CHECK_AFTER_BYTES.
+IMPORT_MAX_DECOMPRESSED_BYTES = int(
+    os.environ.get("IMPORT_MAX_DECOMPRESSED_BYTES", str(20 * 1024**3))
+)
+IMPORT_MAX_COMPRESSION_RATIO = float(os.environ.get("IMPORT_MAX_COMPRESSION_RATIO", "250"))
+IMPORT_RATIO_CHECK_AFTER_BYTES = int(
+    os.environ.get("IMPORT_RATIO_CHECK_AFTER_BYTES", str(100 * 1024**2))
+)
+# Longest single record (a CSV field, a JSON object or line).
+IMPORT_MAX_RECORD_BYTES = int(os.environ.get("IMPORT_MAX_RECORD_BYTES", str(1024**2)))
+# How many rejected rows / skipped files a run keeps in detail (all are counted).
+IMPORT_MAX_REJECTED_ROWS = int(os.environ.get("IMPORT_MAX_REJECTED_ROWS", "100"))
+IMPORT_MAX_LISTED_FILES = int(os.environ.get("IMPORT_MAX_LISTED_FILES", "200"))
+# Seconds between progress writes to the run while it goes.
+IMPORT_PROGRESS_INTERVAL = float(os.environ.get("IMPORT_PROGRESS_INTERVAL", "1"))
+# Where zip files are spooled before reading (zip needs seeking); None: the system temp dir.
+IMPORT_SPOOL_DIR = os.environ.get("IMPORT_SPOOL_DIR") or None
+
 # --- Celery -------------------------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
@@ -151,8 +179,11 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),  # default: ./control in the cwd
         "store_processed": False,
     }
+    for _folder in ("queue", "processed", "control"):
+        (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -164,15 +195,188 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 
 # --- Logging: secrets are never passed to a logger; see authorizations.fields. ----------
+# lyticsops.logging adds log_context() fields (run_id, job_id, ...) to every record and
+# masks secret-looking values as defence in depth. LOG_FORMAT=json: one JSON object a line.
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").strip().lower() or "plain"
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ValueError(f"LOG_FORMAT must be 'plain' or 'json', not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "context": {"()": "lyticsops.logging.ContextFilter"},
+        "redact": {"()": "lyticsops.logging.RedactingFilter"},
+    },
+    "formatters": {
+        "plain": {
+            "()": "lyticsops.logging.PlainFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
+        "json": {"()": "lyticsops.logging.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context", "redact"],  # on the handler: loggers' filters miss children
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"paramiko": {"level": "WARNING"}, "gnupg": {"level": "WARNING"}},
+    "loggers": {
+        # Configuring "django" drops the console handler of Django's default config, so its
+        # records reach ours once (formatted, redacted) instead of twice.
+        "django": {"level": LOG_LEVEL},
+        "paramiko": {"level": "WARNING"},
+        "gnupg": {"level": "WARNING"},
+    },
 }
+# Celery would otherwise replace the root handlers with its own plain ones in the worker.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- OAuth 2.0 (django-oauth-toolkit) ----------------------------------------------------
 OAUTH2_PROVIDER_APPLICATION_MODEL = "authorizations.ApiClient"
+
+# === Partner API (app `api`): OAuth 2.0 tokens, REST framework, OpenAPI, cache ===========
+# Owned by the partner-access feature (issue 3). Keep additions for it inside this block.
+INSTALLED_APPS += ["api", "drf_spectacular_sidecar"]
+
+# The scopes a client may be given. A token request that names none gets the client's own
+# allowed scopes, never "all scopes" (DEFAULT_SCOPES is empty and see api.oauth).
+API_SCOPES = {
+    "authorizations:read": "Read the partner's SFTP/PGP authorizations (never their secrets).",
+    "authorizations:write": "Create, change and delete the partner's authorizations.",
+    "jobs:read": "Read the partner's import/export jobs and their runs.",
+    "jobs:write": "Create and change the partner's import/export jobs.",
+    "jobs:run": "Start runs of the partner's jobs.",
+    "sftp:read": "Read the partner's managed SFTP accounts.",
+}
+
+# Client secrets: a fast keyed hash (see api/hashers.py for why not PBKDF2). Registered
+# after Django's defaults so that people's passwords keep using PBKDF2.
+from django.conf import global_settings  # noqa: E402
+
+PASSWORD_HASHERS = [*global_settings.PASSWORD_HASHERS, "api.hashers.ClientSecretHasher"]
+# Key of that hash; derived from SECRET_KEY when unset. Old keys go in the fallbacks.
+CLIENT_SECRET_PEPPER = os.environ.get("CLIENT_SECRET_PEPPER", "")
+CLIENT_SECRET_PEPPER_FALLBACKS = env_list("CLIENT_SECRET_PEPPER_FALLBACKS")
+
+OAUTH2_PROVIDER = {
+    "ACCESS_TOKEN_EXPIRE_SECONDS": 3600,
+    "SCOPES": API_SCOPES,
+    "DEFAULT_SCOPES": [],
+    "SCOPES_BACKEND_CLASS": "api.oauth.ClientScopes",
+    "OAUTH2_VALIDATOR_CLASS": "api.oauth.PartnerOAuth2Validator",
+    "CLIENT_SECRET_HASHER": "client_secret_hmac",
+    "CLIENT_SECRET_GENERATOR_LENGTH": 64,
+    # RFC 9700: store only a checksum of each token; refuse tokens in query strings. The
+    # rest concern flows this server does not offer; compliant, so `check --deploy` is quiet.
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS": True,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,
+    "ALLOWED_REDIRECT_URI_SCHEMES": ["https"],
+}
+
+# Repeated invalid_client answers from one address or for one client id are refused with
+# 429 for the rest of a fixed window (api/throttle.py).
+API_TOKEN_THROTTLE = {
+    "window_seconds": int(os.environ.get("API_TOKEN_THROTTLE_WINDOW", "300")),
+    "per_ip": int(os.environ.get("API_TOKEN_THROTTLE_PER_IP", "20")),
+    "per_client": int(os.environ.get("API_TOKEN_THROTTLE_PER_CLIENT", "10")),
+}
+
+# Shared cache (throttle counters). Nothing may assume one process, so the default is a
+# table in the database every web process shares (created by migrations, see
+# api/migrations/0001); Redis when REDIS_URL / CACHE_URL is set.
+_cache_url = os.environ.get("CACHE_URL") or os.environ.get("REDIS_URL") or ""
+if _cache_url.startswith(("redis://", "rediss://", "unix://")):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": _cache_url,
+            "KEY_PREFIX": "lyticsops",
+        }
+    }
+elif _cache_url.startswith("locmem://"):  # one process only: development experiments
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "lyticsops_cache",
+        }
+    }
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["api.authentication.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["api.permissions.ScopePermission"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "api.exceptions.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "lyticsops partner API",
+    "DESCRIPTION": (
+        "Trade your client id and secret for a one-hour Bearer token at "
+        "`POST /api/v1/idp/oauth2/token` (OAuth 2.0 client credentials), then call the API "
+        "with `Authorization: Bearer <token>`. You only ever see your own objects."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    # Self-hosted Swagger UI / Redoc assets (drf-spectacular-sidecar): no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"AuthorizationMethodEnum": "authorizations.models.Method"},
+    "PREPROCESSING_HOOKS": ["api.schema.canonical_paths"],
+}
+# === end of Partner API block ==========================================================
+
+# === Jobs: runs, locks, retries and schedules (transfers.service/tasks/locks) ============
+# The pipeline entry points, imported when a run starts (tests point these at fakes).
+TRANSFERS_RUNNERS = {
+    "import": "transfers.imports.run_import",
+    "export": "transfers.exports.run_export",
+}
+# Lease of a job's lock (seconds), renewed every third of it while a run goes; a dead
+# worker's lock is free again after at most this long.
+TRANSFERS_LOCK_TTL = int(os.environ.get("TRANSFERS_LOCK_TTL", "60"))
+# Retryable errors (timeouts, connection resets...): attempts after the first, with
+# exponential backoff (factor, cap; seconds) and jitter.
+TRANSFERS_MAX_RETRIES = int(os.environ.get("TRANSFERS_MAX_RETRIES", "5"))
+TRANSFERS_RETRY_BACKOFF = int(os.environ.get("TRANSFERS_RETRY_BACKOFF", "30"))
+TRANSFERS_RETRY_BACKOFF_MAX = int(os.environ.get("TRANSFERS_RETRY_BACKOFF_MAX", "600"))
+# A run waiting for another run of the same job polls this often, for at most so long.
+TRANSFERS_LOCK_RETRY_DELAY = int(os.environ.get("TRANSFERS_LOCK_RETRY_DELAY", "30"))
+TRANSFERS_LOCK_WAIT_MAX = int(os.environ.get("TRANSFERS_LOCK_WAIT_MAX", str(2 * 3600)))
+# A run still queued after this long was never picked up (its message was lost).
+TRANSFERS_QUEUED_STALE_AFTER = int(os.environ.get("TRANSFERS_QUEUED_STALE_AFTER", str(3 * 3600)))
+# DatabaseScheduler copies this into its tables at start.
+CELERY_BEAT_SCHEDULE = {
+    "transfers: restart or fail stale runs": {
+        "task": "transfers.tasks.mark_stale_runs",
+        "schedule": float(os.environ.get("TRANSFERS_STALE_CHECK_SECONDS", "300")),
+    },
+}
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # With acks_late, Redis hands the message of a worker that died to another worker once
+    # this many seconds have passed. It must exceed the longest retry countdown
+    # (TRANSFERS_RETRY_BACKOFF_MAX), or delayed retries would be delivered twice.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600")),
+        "unacked_restore_interval": int(os.environ.get("CELERY_UNACKED_RESTORE_INTERVAL", "10")),
+    }
+# === end of jobs block ===================================================================

@@ -2,7 +2,13 @@
 
 import pytest
 
-pytest_plugins = ["tests.support.gpgkeys", "tests.support.sshd"]
+pytest_plugins = [
+    "tests.support.gpgkeys",
+    "tests.support.sshd",
+    "tests.support.sftpd",
+    "tests.support.jobs",
+    "tests.support.api",
+]
 
 
 @pytest.fixture
