@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import time
+from typing import Any
+
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+from django.utils import timezone
 
 from authorizations.models import Authorization, Partner
 
@@ -61,6 +67,72 @@ class Job(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        """Check what both kinds share; subclasses add theirs through `_clean_own`."""
+        errors: dict[str, list[str]] = {}
+        _collect(errors, validate_job_authorization, self)
+        _collect(errors, self._clean_folder)
+        _collect(errors, self._clean_schedule)
+        _collect(errors, self._clean_own)
+        if errors:
+            raise ValidationError(errors)
+
+    def _clean_own(self) -> None:
+        pass
+
+    def _clean_folder(self) -> None:
+        from authorizations.validation import validate_folder
+
+        try:
+            self.folder = validate_folder(self.folder)
+        except ValidationError as exc:
+            raise ValidationError({"folder": exc.messages}) from exc
+
+    def _clean_schedule(self) -> None:
+        from transfers.schedules import parse_cron, validate_timezone
+
+        errors: dict[str, list[str]] = {}
+        try:
+            self.schedule_timezone = validate_timezone(self.schedule_timezone)
+        except ValidationError as exc:
+            errors["schedule_timezone"] = exc.messages
+        kind = self.schedule_kind
+        if kind == ScheduleKind.INTERVAL and not (self.interval_minutes or 0) >= 1:
+            errors["interval_minutes"] = ["Enter the number of minutes between runs (1 or more)."]
+        if kind == ScheduleKind.CRON:
+            self.cron = " ".join(self.cron.split())
+            _collect(errors, lambda: parse_cron(self.cron), field="cron")
+        if kind == ScheduleKind.DAILY:
+            # Cron precision is the minute; no time given means midnight.
+            self.daily_time = (self.daily_time or time(0, 0)).replace(second=0, microsecond=0)
+        if kind == ScheduleKind.ONCE:
+            _collect(errors, self._clean_run_once_at, field="run_once_at")
+        if errors:
+            raise ValidationError(errors)
+
+    def _clean_run_once_at(self) -> None:
+        if self.run_once_at is None:
+            raise ValidationError("Enter the date and time of the run.")
+        if self.run_once_at > timezone.now():
+            return
+        # A time in the past is refused only when it is being set, so that a job that has
+        # already run once can still be edited.
+        before = type(self).objects.filter(pk=self.pk).values_list("run_once_at", flat=True)
+        if self.pk is None or before.first() != self.run_once_at:
+            raise ValidationError("Choose a date and time in the future.")
+
+
+def _collect(errors: dict[str, list[str]], check, *args: Any, field: str | None = None) -> None:
+    """Run ``check``; file its ValidationError by field into ``errors``."""
+    try:
+        check(*args)
+    except ValidationError as exc:
+        if field is not None or not hasattr(exc, "error_dict"):
+            errors.setdefault(field or "__all__", []).extend(exc.messages)
+        else:
+            for name, messages in exc.message_dict.items():
+                errors.setdefault(name, []).extend(messages)
+
 
 class ImportJob(Job):
     class Format(models.TextChoices):
@@ -94,7 +166,8 @@ class ImportJob(Job):
     timestamp_field = models.CharField(
         max_length=255,
         blank=True,
-        help_text="Column holding the record's time; older records never overwrite newer values.",
+        help_text="Column holding the record's time; an older record never overwrites newer "
+        "values.",
     )
     on_error = models.CharField(max_length=8, choices=OnError.choices, default=OnError.SKIP)
     after_import = models.CharField(
@@ -110,6 +183,31 @@ class ImportJob(Job):
                 name="importjob_move_needs_archive_folder",
             ),
         ]
+
+    def _clean_own(self) -> None:
+        from authorizations.validation import validate_folder
+
+        errors: dict[str, list[str]] = {}
+        if not self.pattern.strip():
+            errors["pattern"] = ['Enter a file name pattern, e.g. "members-*.csv*" or "*".']
+        if not self.identity_field.strip():
+            errors["identity_field"] = ["Name the column that identifies a profile."]
+        mapping = self.field_mapping
+        if not isinstance(mapping, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and k and v for k, v in mapping.items()
+        ):
+            errors["field_mapping"] = [
+                'Give an object of column → attribute names, e.g. {"E-mail": "email"}.'
+            ]
+        if self.after_import == self.AfterImport.MOVE:
+            try:
+                self.archive_folder = validate_folder(self.archive_folder)
+            except ValidationError as exc:
+                errors["archive_folder"] = exc.messages
+            if not self.archive_folder and "archive_folder" not in errors:
+                errors["archive_folder"] = ["Name the folder to move imported files to."]
+        if errors:
+            raise ValidationError(errors)
 
 
 class ExportJob(Job):
@@ -156,6 +254,13 @@ class ExportJob(Job):
     class Meta:
         ordering = ["partner__name", "name"]
 
+    def _clean_own(self) -> None:
+        # Fields, file name template, CSV delimiter and compression: the rules live with
+        # the export pipeline that applies them (normalises fields and the delimiter).
+        from transfers.exports import validate_export_job
+
+        validate_export_job(self)
+
 
 class Run(models.Model):
     """One execution of an import or an export job, visible in the admin while it runs."""
@@ -193,6 +298,9 @@ class Run(models.Model):
     files_seen = models.PositiveIntegerField(default=0)
     files_imported = models.PositiveIntegerField(default=0)
     files_skipped = models.PositiveIntegerField(default=0)
+    files_failed = models.PositiveIntegerField(
+        default=0, help_text="Files that could not be imported (bad data, wrong key...)."
+    )
     rows_read = models.BigIntegerField(default=0)
     rows_upserted = models.BigIntegerField(default=0)
     rows_rejected = models.BigIntegerField(default=0)
@@ -251,6 +359,14 @@ class ImportedFile(models.Model):
     size = models.BigIntegerField()
     mtime = models.BigIntegerField(help_text="Modification time on the server (Unix seconds).")
     sha256 = models.CharField(max_length=64)
+    duplicate_of = models.ForeignKey(
+        "self",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="duplicates",
+        help_text="Set when this file had the same content as an imported one and was skipped.",
+    )
     rows_read = models.BigIntegerField(default=0)
     rows_upserted = models.BigIntegerField(default=0)
     rows_rejected = models.BigIntegerField(default=0)
@@ -261,6 +377,12 @@ class ImportedFile(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["job", "name", "size", "mtime"], name="importedfile_once_per_version"
+            ),
+            # Exactly once by content: only one non-duplicate row per job and SHA-256.
+            models.UniqueConstraint(
+                fields=["job", "sha256"],
+                condition=Q(duplicate_of__isnull=True),
+                name="importedfile_once_per_content",
             ),
         ]
         indexes = [models.Index(fields=["job", "sha256"], name="importedfile_job_sha256")]
@@ -293,3 +415,24 @@ def validate_job_authorization(job: Job) -> None:
         raise ValidationError({"authorization": "This authorization belongs to another partner."})
     if not (authz.connects_out or authz.is_managed_account):
         raise ValidationError({"authorization": "Choose an SFTP authorization."})
+
+
+# -- keeping beat's periodic tasks in step with the jobs (see transfers.schedules) ---------
+@receiver(post_save, sender=ImportJob)
+@receiver(post_save, sender=ExportJob)
+def _sync_job_schedule(
+    sender, instance: Job, raw: bool = False, using: str | None = None, **kwargs: Any
+) -> None:
+    if raw:  # loaddata: the fixture carries its own periodic tasks
+        return
+    from transfers.schedules import sync_schedule
+
+    sync_schedule(instance, using)
+
+
+@receiver(post_delete, sender=ImportJob)
+@receiver(post_delete, sender=ExportJob)
+def _remove_job_schedule(sender, instance: Job, using: str | None = None, **kwargs: Any) -> None:
+    from transfers.schedules import remove_schedule
+
+    remove_schedule(instance, using)
