@@ -298,6 +298,7 @@ def test_default_filesystem_broker_runs_a_job(worker_env, setup_job, tmp_path):
         "data_folder_in": str(queue),
         "data_folder_out": str(queue),
         "processed_folder": str(processed),
+        "control_folder": str(tmp_path / "celery-broker" / "control"),
     }
     fs_worker.start()
     try:
