@@ -70,8 +70,6 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    # Serves collected static files (admin CSS, API docs assets) under gunicorn too.
-    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -129,8 +127,10 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
-# Without `collectstatic` (development, tests) WhiteNoise finds the files in the apps.
-WHITENOISE_USE_FINDERS = True
+if STATIC_ROOT.is_dir():
+    # WhiteNoise serves `collectstatic`'s output (admin CSS, API docs assets) under
+    # gunicorn. Before collectstatic (development, tests) runserver serves the app files.
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", True)
@@ -171,7 +171,7 @@ IMPORT_PROGRESS_INTERVAL = float(os.environ.get("IMPORT_PROGRESS_INTERVAL", "1")
 IMPORT_SPOOL_DIR = os.environ.get("IMPORT_SPOOL_DIR") or None
 
 # --- Celery -------------------------------------------------------------------------------
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://localhost/"
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "celery-broker"

@@ -25,6 +25,14 @@ def other_partner(db):
     return Partner.objects.create(name="Globex", slug="globex")
 
 
+@pytest.fixture
+def staff_client(client, django_user_model):
+    """The Django test client, logged in as a superuser."""
+    user = django_user_model.objects.create_superuser("staff", "staff@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     # Django's PBKDF2 costs ~0.2 s per hash here; tests hash many times. The client-secret

@@ -11,13 +11,6 @@ ADD_URL = reverse("admin:authorizations_authorization_add")
 PASSWORD = "Sup3r-secret-pw"
 
 
-@pytest.fixture
-def staff_client(client, django_user_model):
-    user = django_user_model.objects.create_superuser("staff", "staff@example.com", "pw")
-    client.force_login(user)
-    return client
-
-
 def field_names(html: str) -> set[str]:
     return set(re.findall(r'name="([a-z_]+)"', html))
 

@@ -6,13 +6,6 @@ from django.urls import reverse
 from authorizations.models import Authorization, Method
 
 
-@pytest.fixture
-def staff_client(client, django_user_model):
-    user = django_user_model.objects.create_superuser("staff", "staff@example.com", "pw")
-    client.force_login(user)
-    return client
-
-
 def press(staff_client, authz: Authorization, button: str = "test_connection") -> list[str]:
     url = reverse(f"admin:authorizations_authorization_{button}", args=[authz.pk])
     response = staff_client.post(url, follow=True)

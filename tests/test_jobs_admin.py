@@ -16,13 +16,6 @@ from transfers.models import ImportedFile, ImportJob, Run
 
 
 @pytest.fixture
-def staff_client(client, django_user_model):
-    user = django_user_model.objects.create_superuser("staff", "staff@example.com", "pw")
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
 def enqueued(monkeypatch):
     """Runs the admin starts, without a broker: the task ids handed to Celery."""
     sent: list[int] = []

@@ -22,6 +22,7 @@ from django.utils.safestring import SafeString
 
 from transfers import schedules, service
 from transfers.models import ExportJob, ImportedFile, ImportJob, Job, Run
+from transfers.runs import COUNTERS
 
 RECENT_RUNS = 10
 SCHEDULE_FIELDS = [
@@ -343,20 +344,7 @@ class RunAdmin(ReadOnlyAdmin):
         ),
         (
             "Progress",
-            {
-                "fields": [
-                    "files_seen",
-                    "files_imported",
-                    "files_skipped",
-                    "files_failed",
-                    "rows_read",
-                    "rows_upserted",
-                    "rows_rejected",
-                    "bytes_transferred",
-                    "file_name",
-                    "sha256",
-                ]
-            },
+            {"fields": [*COUNTERS, "file_name", "sha256"]},
         ),
         ("Rejected rows", {"fields": ["rejected_rows_table"]}),
         ("Skipped and failed files", {"fields": ["skipped_files_table"]}),

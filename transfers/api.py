@@ -35,6 +35,7 @@ from authorizations.models import Authorization
 from profiles.models import Audience
 from transfers import schedules, service
 from transfers.models import ExportJob, ImportJob, Job, Run
+from transfers.runs import COUNTERS
 
 READ, WRITE, RUN = "jobs:read", "jobs:write", "jobs:run"
 JOB_FIELDS = [
@@ -78,14 +79,7 @@ class RunSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
             "duration_seconds",
-            "files_seen",
-            "files_imported",
-            "files_skipped",
-            "files_failed",
-            "rows_read",
-            "rows_upserted",
-            "rows_rejected",
-            "bytes_transferred",
+            *COUNTERS,
             "file_name",
             "sha256",
             "skipped_files",
