@@ -115,8 +115,13 @@ class AuthorizationAdmin(admin.ModelAdmin):
 
     def get_form(self, request: HttpRequest, obj: Authorization | None = None, change=False, **kw):
         method = self._method(request, obj)
-        kw["form"] = form_for_method(method)
-        kw["fields"] = None
+        form = form_for_method(method)
+        kw["form"] = form
+        # The method's own fields; not flatten_fieldsets(), which would also name the
+        # form-only "clear_*" checkboxes and the read-only computed columns.
+        kw["fields"] = [
+            f for f in form.Meta.fields if f not in self.get_readonly_fields(request, obj)
+        ]
         return super().get_form(request, obj, change, **kw)
 
     def get_fieldsets(self, request: HttpRequest, obj: Authorization | None = None):
@@ -124,16 +129,21 @@ class AuthorizationAdmin(admin.ModelAdmin):
         own = list(METHOD_FIELDS[method])
         pgp = [f for f in own if f.startswith("pgp_")]
         connection = [f for f in own if f not in pgp]
+        if obj is not None and not self.has_change_permission(request, obj):
+            # Read-only pages render values as text: show secrets masked, never as they are.
+            pgp, connection = self._masked(pgp), self._masked(connection)
+        else:
+            pgp, connection = self._with_clear(obj, pgp), self._with_clear(obj, connection)
         general = ["partner", "label", "description"] + (["method"] if obj else [])
         sets: list[tuple[str | None, dict[str, Any]]] = [(None, {"fields": general})]
         title = "Account" if method == Method.MANAGED_SFTP else "Connection"
-        sets.append((title, {"fields": self._with_clear(obj, connection)}))
+        sets.append((title, {"fields": connection}))
         if method == Method.MANAGED_SFTP:
             sets.append(
                 ("Limits", {"fields": ["active", "expires_at", "max_sessions", "quota_bytes"]})
             )
         if pgp:
-            sets.append(("PGP", {"fields": self._with_clear(obj, pgp)}))
+            sets.append(("PGP", {"fields": pgp}))
         if obj is not None and method != Method.MANAGED_SFTP:
             computed = COMPUTED["connection"]
             if method in PGP_PRIVATE_METHODS | PGP_PUBLIC_METHODS:
@@ -158,8 +168,13 @@ class AuthorizationAdmin(admin.ModelAdmin):
                 out.append(f"clear_{name}")
         return out
 
+    @staticmethod
+    def _masked(names: list[str]) -> list[str]:
+        return [f"{name}_masked" if name in SECRET_FIELDS else name for name in names]
+
     def get_readonly_fields(self, request: HttpRequest, obj: Authorization | None = None):
         computed = [
+            *(f"{name}_masked" for name in SECRET_FIELDS),
             *COMPUTED["connection"],
             *COMPUTED["pgp"],
             "password_set",
@@ -192,6 +207,32 @@ class AuthorizationAdmin(admin.ModelAdmin):
         if obj.public_keys:
             parts.append(f"{len(obj.public_keys.splitlines())} public key(s)")
         return ", ".join(parts) or "—"
+
+    def _mask(self, obj: Authorization, name: str) -> str:
+        # The raw column (a token or ""): whether a value is set, without decrypting it.
+        return "•••••• (stored)" if obj.__dict__.get(name) else "—"
+
+    @admin.display(description="password")
+    def password_masked(self, obj: Authorization) -> str:
+        if obj.is_managed_account:
+            return self.password_set(obj)
+        return self._mask(obj, "password")
+
+    @admin.display(description="private key")
+    def private_key_masked(self, obj: Authorization) -> str:
+        return self._mask(obj, "private_key")
+
+    @admin.display(description="passphrase")
+    def passphrase_masked(self, obj: Authorization) -> str:
+        return self._mask(obj, "passphrase")
+
+    @admin.display(description="PGP private key")
+    def pgp_private_key_masked(self, obj: Authorization) -> str:
+        return self._mask(obj, "pgp_private_key")
+
+    @admin.display(description="PGP private key passphrase")
+    def pgp_passphrase_masked(self, obj: Authorization) -> str:
+        return self._mask(obj, "pgp_passphrase")
 
     @admin.display(description="host key")
     def pinned_key(self, obj: Authorization) -> str:
@@ -295,7 +336,8 @@ class AuthorizationAdmin(admin.ModelAdmin):
         response["Cache-Control"] = "no-store"
         return response
 
-    @admin.action(description="Test connection")
+    # Connecting pins host keys and records results: a change, not a view.
+    @admin.action(description="Test connection", permissions=["change"])
     def test_connection_action(self, request: HttpRequest, queryset) -> None:
         for obj in queryset.select_related("partner", "managed_account"):
             self._report_test(request, obj)

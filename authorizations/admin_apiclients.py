@@ -226,7 +226,10 @@ class ApiClientAdmin(admin.ModelAdmin):
         )
 
     # -- revoke ------------------------------------------------------------------------------
-    @admin.action(description="Revoke selected clients (deactivate, delete their tokens)")
+    @admin.action(
+        description="Revoke selected clients (deactivate, delete their tokens)",
+        permissions=["change"],
+    )
     def revoke_clients(self, request: HttpRequest, queryset) -> None:
         count = 0
         for client in queryset:
@@ -253,6 +256,13 @@ class AccessTokenAdmin(DotAccessTokenAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        # DOT's "revoke tokens" action declares no permission; revoking is a deletion.
+        actions = super().get_actions(request)
+        if not self.has_delete_permission(request):
+            actions.pop("revoke_tokens", None)
+        return actions
 
     @admin.display(description="partner")
     def partner(self, obj) -> str:

@@ -33,6 +33,7 @@ def sftp_target(authz: Authorization, *, folder: str | None = None) -> sftp.Sftp
         folder=authz.folder if folder is None else folder,
         pinned_fingerprint=authz.host_key_fingerprint or None,
         timeout=settings.SFTP_CONNECT_TIMEOUT,
+        io_timeout=settings.SFTP_IO_TIMEOUT,
     )
 
 

@@ -206,3 +206,30 @@ def test_search_does_not_cover_secrets(staff_client, stored):
         "Stored"
         not in staff_client.get(url, {"q": PASSWORD}).content.decode().split('id="result_list"')[-1]
     )
+
+
+@pytest.fixture
+def viewer_client(client, django_user_model):
+    """Staff who may only view authorizations and API clients."""
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user("viewer", "v@example.com", "pw", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_authorization", "view_apiclient"])
+    )
+    client.force_login(user)
+    return client
+
+
+def test_view_only_staff_can_read_but_not_act(viewer_client, stored):
+    change_url = reverse("admin:authorizations_authorization_change", args=[stored.pk])
+    page = viewer_client.get(change_url)
+    assert page.status_code == 200
+    assert PASSWORD not in page.content.decode()
+    listing = viewer_client.get(reverse("admin:authorizations_authorization_changelist"))
+    assert "test_connection_action" not in listing.content.decode()
+    test_url = reverse("admin:authorizations_authorization_test_connection", args=[stored.pk])
+    assert viewer_client.post(test_url).status_code == 403
+    clients = viewer_client.get(reverse("admin:authorizations_apiclient_changelist"))
+    assert clients.status_code == 200
+    assert "revoke_clients" not in clients.content.decode()
