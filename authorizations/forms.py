@@ -99,6 +99,19 @@ class AuthorizationForm(forms.ModelForm):
     def _post_clean(self) -> None:
         self.instance.method = self.method_value
         super()._post_clean()
+        forget_pasted_private_key(self, "pgp_public_key")
+
+
+def forget_pasted_private_key(form: forms.ModelForm, field: str) -> None:
+    """A private key pasted where a public key belongs must not be rendered back.
+
+    The model refuses it (code ``private_given``); the bound form would still echo the
+    posted text into the re-displayed page, so drop it from the form's data.
+    """
+    errors = form.errors.as_data().get(field, [])
+    if any(error.code == "private_given" for error in errors):
+        form.data = form.data.copy()
+        form.data[form.add_prefix(field)] = ""
 
 
 def form_for_method(method: str) -> type[AuthorizationForm]:
@@ -135,3 +148,7 @@ class PartnerForm(forms.ModelForm):
     class Meta:
         model = Partner
         fields = ["name", "slug", "active", "pgp_public_key"]
+
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        forget_pasted_private_key(self, "pgp_public_key")

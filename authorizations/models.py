@@ -44,7 +44,11 @@ class Partner(models.Model):
             try:
                 info = pgp.inspect_public_key(self.pgp_public_key)
             except pgp.PgpError as exc:
-                raise ValidationError({"pgp_public_key": str(exc)}) from exc
+                code = getattr(exc, "code", "pgp")
+                if code == "private_given":
+                    self.pgp_public_key = ""  # never keep a pasted private key
+                error = ValidationError(str(exc), code=code)
+                raise ValidationError({"pgp_public_key": error}) from exc
             self.pgp_fingerprint = info.fingerprint
 
 

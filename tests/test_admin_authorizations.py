@@ -233,3 +233,33 @@ def test_view_only_staff_can_read_but_not_act(viewer_client, stored):
     clients = viewer_client.get(reverse("admin:authorizations_apiclient_changelist"))
     assert clients.status_code == 200
     assert "revoke_clients" not in clients.content.decode()
+
+
+def test_pasted_pgp_private_key_is_not_echoed_back(staff_client, partner, gpg_keys):
+    secret_line = gpg_keys.plain.secret.strip().splitlines()[3]
+    response = staff_client.post(
+        ADD_URL + "?method=sftp_client_pgp_public",
+        {
+            "partner": partner.pk,
+            "label": "Enc",
+            "host": "h.example.com",
+            "port": 22,
+            "username": "u",
+            "password": "pw",
+            "pgp_public_key": gpg_keys.plain.secret,
+        },
+    )
+    html = response.content.decode()
+    assert response.status_code == 200 and "private" in html.lower()
+    assert secret_line not in html
+    response = staff_client.post(
+        reverse("admin:authorizations_partner_change", args=[partner.pk]),
+        {
+            "name": partner.name,
+            "slug": partner.slug,
+            "active": "on",
+            "pgp_public_key": gpg_keys.plain.secret,
+        },
+    )
+    assert response.status_code == 200
+    assert secret_line not in response.content.decode()
