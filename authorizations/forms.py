@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.utils.text import capfirst
 
 from authorizations.models import METHOD_FIELDS, SECRET_FIELDS, Authorization, Method, Partner
 from lyticsops.netutil import parse_cidrs
@@ -19,6 +20,11 @@ class SecretTextarea(forms.Textarea):
         return None
 
 
+def _lower_first(label: str) -> str:
+    """Lower-case the first letter ("Password" -> "password"), but keep "PGP private key"."""
+    return label if label[:2].isupper() else label[:1].lower() + label[1:]
+
+
 def secret_field(model_field, *, multiline: bool) -> forms.CharField:
     widget = (
         SecretTextarea(attrs={"rows": 6, "cols": 70, "autocomplete": "off", "spellcheck": "false"})
@@ -29,7 +35,7 @@ def secret_field(model_field, *, multiline: bool) -> forms.CharField:
         required=False,
         strip=False,
         widget=widget,
-        label=model_field.verbose_name.capitalize(),
+        label=capfirst(model_field.verbose_name),  # not capitalize(): "PGP", not "Pgp"
         help_text=model_field.help_text,
     )
 
@@ -80,7 +86,7 @@ class AuthorizationForm(forms.ModelForm):
         field.widget.attrs["placeholder"] = "•••••• (stored)"
         if clearable:
             self.fields[f"clear_{name}"] = forms.BooleanField(
-                required=False, label=f"Remove the stored {field.label.lower()}"
+                required=False, label=f"Remove the stored {_lower_first(str(field.label))}"
             )
 
     def clean(self) -> dict[str, Any]:

@@ -326,7 +326,9 @@ class Authorization(models.Model):
         keys = check("public_keys", _parse_public_keys, self.public_keys)
         if keys:
             self.public_keys = "\n".join(key.line for key in keys)
-        if not self.password_hash and not self.public_keys.strip():
+        # A typed password that was refused has its own error; this one is for none at all.
+        typed = self._new_account_password is not None
+        if not self.password_hash and not self.public_keys.strip() and not typed:
             check("password", _required, "Give a password or a public key (or both).")
         cidrs = check("allowed_ips", parse_cidrs, self.allowed_ips)
         if cidrs is not None:
@@ -346,6 +348,9 @@ class Authorization(models.Model):
             check("managed_account", _required, "Choose the managed SFTP account to log in as.")
             return
         account = self.managed_account
+        if self.partner_id and account.partner_id != self.partner_id:
+            check("managed_account", _invalid, "This managed account belongs to another partner.")
+            return
         self.username, self.host, self.port = account.username, "", 22
         self._clean_login_secrets(check)
         # Catch a typo now rather than at the first scheduled run.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -41,7 +42,9 @@ def pin_host_key(authz: Authorization, fingerprint: str, key_type: str) -> bool:
     """Pin the server's host key if none is pinned yet; True when this call pinned it.
 
     The conditional UPDATE makes two workers racing on a first connect agree: only the
-    first pin is written, and the loser's next connect is checked against it.
+    first pin is written. The loser compares its key with the winner's and raises
+    `SftpError` (host_key_mismatch) if they differ, so it never goes on talking to a
+    server whose key was not the one pinned.
     """
     now = timezone.now()
     pinned = Authorization.objects.filter(pk=authz.pk, host_key_fingerprint="").update(
@@ -51,7 +54,17 @@ def pin_host_key(authz: Authorization, fingerprint: str, key_type: str) -> bool:
         authz.host_key_fingerprint, authz.host_key_type = fingerprint, key_type
         authz.host_key_pinned_at = now
         log.info("pinned host key %s for authorization %s", fingerprint, authz.pk)
-    return bool(pinned)
+        return True
+    stored = Authorization.objects.values_list("host_key_fingerprint", flat=True).get(pk=authz.pk)
+    if stored and stored != fingerprint:
+        from transfers import sftp
+
+        raise sftp.SftpError(
+            "host_key_mismatch",
+            f"host key changed: pinned {stored}, server offered {fingerprint} — if the server "
+            "was legitimately re-keyed, clear the pin",
+        )
+    return False
 
 
 def clear_host_key_pin(authz: Authorization) -> None:
@@ -69,7 +82,14 @@ def run_connection_test(authz: Authorization) -> sftp.ConnectionReport:
 
     report = sftp.test_connection(sftp_target(authz))
     if report.ok and report.fingerprint and not authz.host_key_fingerprint:
-        pin_host_key(authz, report.fingerprint, report.host_key_type or "")
+        try:
+            if pin_host_key(authz, report.fingerprint, report.host_key_type or ""):
+                # The report was written before this pin: say what is true once it is read.
+                report.message = report.message.replace(
+                    "is not pinned yet", "is now pinned (first successful connection)"
+                )
+        except sftp.SftpError as exc:  # another connection pinned a different key meanwhile
+            report = dataclasses.replace(report, ok=False, message=exc.message, error_kind=exc.kind)
     with transaction.atomic():
         Authorization.objects.filter(pk=authz.pk).update(
             last_tested_at=timezone.now(),

@@ -253,3 +253,18 @@ def test_using_a_managed_account_checks_the_credentials(partner, account, tmp_pa
     use.private_key, use.password = "", "Str0ng!Pass"
     use.full_clean()
     assert use.username == "drop_box"
+
+
+@pytest.mark.django_db
+def test_a_managed_account_of_another_partner_cannot_be_used(
+    partner, other_partner, account, gpg_keys
+):
+    use = Authorization(
+        partner=other_partner,
+        label="use",
+        method=Method.MANAGED_SFTP_PGP_PUBLIC,
+        managed_account=account,
+        password="Str0ng!Pass",
+        pgp_public_key=gpg_keys.plain.public,
+    )
+    assert "another partner" in errors_of(use)["managed_account"][0]

@@ -134,3 +134,25 @@ def test_test_connection_needs_post(staff_client, partner):
     )
     url = reverse("admin:authorizations_authorization_test_connection", args=[authz.pk])
     assert staff_client.get(url).status_code == 403
+
+
+@pytest.mark.django_db
+def test_losing_a_pin_race_to_another_key_is_refused(partner):
+    from authorizations import services
+    from transfers.sftp import SftpError
+
+    authz = Authorization.objects.create(
+        partner=partner,
+        label="race",
+        method=Method.SFTP_CLIENT,
+        host="h",
+        username="u",
+        password="p",
+    )
+    stale = Authorization.objects.get(pk=authz.pk)  # loaded before the other worker pinned
+    assert services.pin_host_key(authz, "SHA256:first", "ssh-ed25519")
+    assert services.pin_host_key(stale, "SHA256:first", "ssh-ed25519") is False
+    with pytest.raises(SftpError) as exc:
+        services.pin_host_key(stale, "SHA256:other", "ssh-ed25519")
+    assert exc.value.kind == "host_key_mismatch"
+    assert "SHA256:first" in str(exc.value) and "SHA256:other" in str(exc.value)
