@@ -77,7 +77,8 @@ class BearerTokenAuthentication(BaseAuthentication):
         principal = PartnerClient(
             client=access.application,
             partner=access.application.partner,
-            scopes=frozenset(access.scope.split()),
+            # A scope removed from the client stops working at once, not when tokens expire.
+            scopes=frozenset(access.scope.split()) & frozenset(access.application.scopes.split()),
             expires=access.expires,
         )
         return principal, access

@@ -120,6 +120,16 @@ def test_insufficient_scope_names_the_scope(api_as, acme_client):
     )
 
 
+def test_scope_removed_from_client_stops_working_on_live_tokens(api_as, acme_client):
+    reader = api_as(acme_client, scope="authorizations:read")
+    assert reader.get("authorizations").status_code == 200
+    model = acme_client.model
+    model.scopes = "jobs:read"
+    model.save()
+    body = error_of(reader.get("authorizations"), 403, "insufficient_scope")
+    assert body["scope"] == "authorizations:read"
+
+
 def test_ip_allowlist_on_every_call(client, acme, make_client, oauth, settings):
     fenced = make_client(acme, allowed_ips=["203.0.113.0/24"])
     token = oauth.get_token(client, fenced, ip="203.0.113.5")
