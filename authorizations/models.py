@@ -319,6 +319,7 @@ class Authorization(models.Model):
     def _clean_managed_account(self, check) -> None:
         self.username = self.username.strip()
         if check("username", validation.validate_managed_username, self.username):
+            check("username", self._check_username_kept)
             check("username", self._check_username_free)
         if self._new_account_password is not None:
             if check("password", validation.validate_managed_password, self._new_account_password):
@@ -333,6 +334,18 @@ class Authorization(models.Model):
         cidrs = check("allowed_ips", parse_cidrs, self.allowed_ips)
         if cidrs is not None:
             self.allowed_ips = cidrs
+
+    def _check_username_kept(self) -> None:
+        # The account's files live under its username on the managed server: a rename
+        # would strand them and let another account take the old name and its files.
+        if self.pk is None:
+            return
+        stored = Authorization.objects.filter(pk=self.pk).values_list("username", flat=True)
+        if stored and stored[0] and stored[0] != self.username:
+            raise ValidationError(
+                "A managed account cannot be renamed: create a new account instead.",
+                code="username_fixed",
+            )
 
     def _check_username_free(self) -> None:
         # The constraint managed_sftp_username_unique_ci enforces this in the database;

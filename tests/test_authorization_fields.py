@@ -217,3 +217,31 @@ def test_switching_method_drops_other_methods_secrets(partner):
     )
     authz.full_clean()
     assert authz.pgp_passphrase == ""
+
+
+@pytest.mark.django_db
+def test_managed_account_cannot_be_renamed(partner):
+    account = Authorization(partner=partner, label="a", method=Method.MANAGED_SFTP, username="keep")
+    account.set_account_password("Str0ng!pass")
+    account.full_clean()
+    account.save()
+    account.username = "renamed"
+    with pytest.raises(ValidationError) as exc:
+        account.full_clean()
+    assert "cannot be renamed" in exc.value.message_dict["username"][0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleted_account_home_is_moved_aside_before_the_name_is_reused(partner, settings, tmp_path):
+    settings.MANAGED_SFTP_ROOT = tmp_path
+    account = Authorization.objects.create(
+        partner=partner, label="a", method=Method.MANAGED_SFTP, username="reused"
+    )
+    (tmp_path / "reused" / "inbound").mkdir(parents=True)
+    (tmp_path / "reused" / "inbound" / "private.csv").write_text("old owner's data")
+    pk = account.pk
+    account.delete()
+    assert not (tmp_path / "reused").exists()
+    (moved,) = (tmp_path / ".deleted").iterdir()
+    assert moved.name.startswith(f"reused-{pk}-")
+    assert (moved / "inbound" / "private.csv").read_text() == "old owner's data"
