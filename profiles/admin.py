@@ -89,7 +89,7 @@ class AudienceForm(forms.ModelForm):
 
     class Meta:
         model = Audience
-        fields = ["name", "slug", "description", "conditions"]
+        fields = ["name", "slug", "description", "conditions", "partners"]
 
     def clean_conditions(self) -> list[dict[str, Any]]:
         value = self.cleaned_data.get("conditions")
@@ -102,6 +102,8 @@ class AudienceAdmin(admin.ModelAdmin):
     list_display = ["name", "slug", "condition_summary", "updated_at"]
     search_fields = ["name", "slug", "description"]
     prepopulated_fields = {"slug": ["name"]}
+    filter_horizontal = ["partners"]
+    list_filter = ["partners"]
     readonly_fields = ["member_count", "preview_count"]
     change_form_template = "admin/profiles/audience/change_form.html"
     fieldsets = [

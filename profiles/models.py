@@ -41,6 +41,14 @@ class Audience(models.Model):
         help_text='A list of conditions joined by AND, e.g. [{"field": "country", "op": "eq", '
         '"value": "FR"}]. Operators: eq, ne, in, contains, exists, gt, gte, lt, lte.',
     )
+    partners = models.ManyToManyField(
+        "authorizations.Partner",
+        blank=True,
+        related_name="audiences",
+        verbose_name="shared with",
+        help_text="Partners that may export this audience through the API. Staff can export "
+        "any audience; a partner sees only the audiences shared with it.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

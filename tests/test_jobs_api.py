@@ -130,7 +130,11 @@ def test_another_partners_authorization_cannot_be_used(acme_api, globex_authz, a
 
 
 # -- exports --------------------------------------------------------------------------------
-def test_create_an_export_job_with_any_audience(acme_api, acme, acme_authz, audience):
+def test_create_an_export_job_with_a_shared_audience(acme_api, acme, acme_authz, audience):
+    payload = {"name": "not shared", "authorization": acme_authz.pk, "audience": audience.pk}
+    refused = acme_api.post("exports", payload)
+    assert str(audience.pk) in error_of(refused, 400, "invalid")["fields"]["audience"][0]
+    audience.partners.add(acme)
     response = acme_api.post(
         "exports",
         {

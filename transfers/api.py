@@ -8,8 +8,9 @@
 
 Everything is the partner's own: another partner's job or run is a 404, the same answer as
 an id that does not exist. Jobs are validated by the model (``full_clean()``), the same
-code path as the admin; an authorization must be one of the partner's, an audience may be
-any (audiences are shared across partners).
+code path as the admin; an authorization must be one of the partner's, an audience one that
+staff shared with the partner (`Audience.partners`): the profile store holds every
+partner's data, so an audience is never open to all partners by default.
 """
 
 from __future__ import annotations
@@ -178,9 +179,15 @@ class ImportJobSerializer(JobSerializer):
 
 class ExportJobSerializer(JobSerializer):
     audience = serializers.PrimaryKeyRelatedField(
-        queryset=Audience.objects.all(),
-        help_text="Id of the audience to export (audiences are shared by every partner).",
+        queryset=Audience.objects.none(),
+        help_text="Id of an audience that was shared with you.",
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        partner = self.context.get("partner")
+        if partner is not None:
+            self.fields["audience"].queryset = Audience.objects.filter(partners=partner)
 
     class Meta:
         model = ExportJob
