@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from rest_framework import serializers
 
 from api.exceptions import validation_error
-from authorizations.models import SECRET_FIELDS, Authorization, Method
+from authorizations.models import CLIENT_METHODS, SECRET_FIELDS, Authorization, Method
+from lyticsops.netutil import non_public_addresses
 
 READ_ONLY = [
     "id",
@@ -158,10 +160,33 @@ class AuthorizationSerializer(serializers.ModelSerializer):
                 setattr(instance, name, value)
         try:
             instance.full_clean()
+            self._refuse_internal_host(instance)
         except DjangoValidationError as exc:
             raise validation_error(exc) from None
         self._prepared = instance
         return attrs
+
+    @staticmethod
+    def _refuse_internal_host(instance: Authorization) -> None:
+        """Partners may not point our workers at our own network.
+
+        Otherwise a partner could use import runs (and their error messages) to probe
+        internal addresses, or our managed SFTP server from the workers' address. Staff
+        can still set such a host in the admin. A name that does not resolve here cannot
+        be judged now; sftp.connect refuses nothing, so DNS rebinding stays possible.
+        """
+        if settings.API_ALLOW_INTERNAL_HOSTS or instance.method not in CLIENT_METHODS:
+            return
+        internal = non_public_addresses(instance.host, instance.port)
+        if internal:
+            raise DjangoValidationError(
+                {
+                    "host": DjangoValidationError(
+                        "This host is not a public address; ask us to set up internal hosts.",
+                        code="internal_host",
+                    )
+                }
+            )
 
     @staticmethod
     def _apply_secrets(instance: Authorization, attrs: dict[str, Any]) -> None:

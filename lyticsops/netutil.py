@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 
 from django.core.exceptions import ValidationError
@@ -55,3 +56,22 @@ def ip_allowed(address: str | None, cidrs: Iterable[str]) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped  # ::ffff:192.0.2.1 from a dual-stack socket
     return any(ip in ipaddress.ip_network(cidr) for cidr in cidrs)
+
+
+def non_public_addresses(host: str, port: int = 22) -> list[str]:
+    """The addresses ``host`` resolves to that are not public (loopback, private,
+    link-local, reserved...). Empty when every address is public or the name does not
+    resolve here (then it cannot be judged; the connection will fail or be judged later).
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return []
+    found = []
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        if not ip.is_global and str(ip) not in found:
+            found.append(str(ip))
+    return found

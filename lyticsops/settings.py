@@ -145,6 +145,8 @@ MANAGED_SFTP_HOST_KEY = Path(os.environ.get("MANAGED_SFTP_HOST_KEY", VAR_DIR / "
 
 # --- Outbound SFTP ----------------------------------------------------------------------
 SFTP_CONNECT_TIMEOUT = float(os.environ.get("SFTP_CONNECT_TIMEOUT", "15"))
+# Longest silence tolerated from a connected server (a stalled transfer fails after it).
+SFTP_IO_TIMEOUT = float(os.environ.get("SFTP_IO_TIMEOUT", "60"))
 
 # --- Imports (transfers.imports): limits and knobs ------------------------------------------
 # A file whose size or mtime changes between two looks this far apart is still being written.
@@ -251,6 +253,10 @@ API_SCOPES = {
     "jobs:run": "Start runs of the partner's jobs.",
     "sftp:read": "Read the partner's managed SFTP accounts.",
 }
+
+# Partners may not point authorizations at loopback/private/link-local addresses through
+# the API (staff can, in the admin). Development against local servers: set it to 1.
+API_ALLOW_INTERNAL_HOSTS = env_bool("API_ALLOW_INTERNAL_HOSTS", False)
 
 # Client secrets: a fast keyed hash (see api/hashers.py for why not PBKDF2). Registered
 # after Django's defaults so that people's passwords keep using PBKDF2.

@@ -120,6 +120,15 @@ def test_insufficient_scope_names_the_scope(api_as, acme_client):
     )
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "10.1.2.3", "169.254.169.254", "localhost", "::1"])
+def test_partners_cannot_point_us_at_internal_hosts(api_as, acme_client, host, settings):
+    writer = api_as(acme_client, scope="authorizations:write")
+    response = writer.post("authorizations", sftp_client_payload(host=host))
+    assert "not a public address" in error_of(response, 400, "invalid")["fields"]["host"][0]
+    settings.API_ALLOW_INTERNAL_HOSTS = True
+    assert writer.post("authorizations", sftp_client_payload(host=host)).status_code == 201
+
+
 def test_scope_removed_from_client_stops_working_on_live_tokens(api_as, acme_client):
     reader = api_as(acme_client, scope="authorizations:read")
     assert reader.get("authorizations").status_code == 200
