@@ -15,8 +15,9 @@ MANAGED_SFTP_BAN_MAX_DURATION          ... up to this cap, seconds (86400)
 MANAGED_SFTP_BAN_MEMORY                a new ban within this many seconds of the previous
                                        one's end counts as a repeat (86400)
 MANAGED_SFTP_BAN_EXEMPT                CIDRs never banned (monitoring, our own workers) ([])
-MANAGED_SFTP_LOGIN_TIMEOUT             seconds to authenticate and open a session (60)
+MANAGED_SFTP_LOGIN_TIMEOUT             seconds to authenticate and open a session (30)
 MANAGED_SFTP_MAX_CONNECTIONS           connections the process accepts at once (500)
+MANAGED_SFTP_MAX_CONNECTIONS_PER_IP    of which from one address (64)
 MANAGED_SFTP_WINDOW_SIZE               SSH channel window, bytes (8 MiB)
 MANAGED_SFTP_MAX_PACKET_SIZE           largest SSH packet we accept, bytes (128 KiB)
 MANAGED_SFTP_CIPHERS                   ciphers offered, in order (AES-GCM then AES-CTR)
@@ -59,8 +60,9 @@ class ServerConfig:
     port: int
     root: Path
     host_key: Path
-    login_timeout: float = 60.0
+    login_timeout: float = 30.0
     max_connections: int = 500
+    max_connections_per_ip: int = 64
     # Channels (sftp sessions) per SSH connection; OpenSSH's MaxSessions is 10.
     max_channels: int = 4
     # Open files/directories per SFTP session: bounds file descriptors per client.
@@ -81,8 +83,9 @@ def load_config(host: str | None = None, port: int | None = None) -> ServerConfi
         port=int(port if port is not None else settings.MANAGED_SFTP_PORT),
         root=Path(settings.MANAGED_SFTP_ROOT),
         host_key=Path(settings.MANAGED_SFTP_HOST_KEY),
-        login_timeout=float(_setting("MANAGED_SFTP_LOGIN_TIMEOUT", 60)),
+        login_timeout=float(_setting("MANAGED_SFTP_LOGIN_TIMEOUT", 30)),
         max_connections=int(_setting("MANAGED_SFTP_MAX_CONNECTIONS", 500)),
+        max_connections_per_ip=int(_setting("MANAGED_SFTP_MAX_CONNECTIONS_PER_IP", 64)),
         window_size=int(_setting("MANAGED_SFTP_WINDOW_SIZE", 8 * 1024 * 1024)),
         max_packet_size=int(_setting("MANAGED_SFTP_MAX_PACKET_SIZE", 128 * 1024)),
         ciphers=tuple(_setting("MANAGED_SFTP_CIPHERS", DEFAULT_CIPHERS)),

@@ -819,6 +819,13 @@ class SftpServer:
                 )
                 sock.close()
                 return
+            # One address must not take every slot (idle TCP connections never fail a
+            # login, so the ban would not catch them).
+            from_ip = sum(1 for c in self._connections if c.ip == ip)
+            if from_ip >= self.config.max_connections_per_ip:
+                logger.warning("sftpd: %d connections from %s, refusing another", from_ip, ip)
+                sock.close()
+                return
             connection = Connection(self, sock, address)
             self._connections.add(connection)
         _tune_socket(sock)

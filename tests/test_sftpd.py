@@ -843,3 +843,24 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def test_one_address_cannot_take_every_connection_slot(sftpd, settings):
+    import socket as socket_module
+
+    settings.MANAGED_SFTP_MAX_CONNECTIONS_PER_IP = 3
+    sftpd.server.config = sftpd.server.config.__class__(
+        **{**sftpd.server.config.__dict__, "max_connections_per_ip": 3}
+    )
+    held = [socket_module.create_connection((sftpd.host, sftpd.port), timeout=5) for _ in range(3)]
+    try:
+        for sock in held:
+            assert sock.recv(4).startswith(b"SSH-")  # each was served a banner
+        extra = socket_module.create_connection((sftpd.host, sftpd.port), timeout=5)
+        try:
+            assert extra.recv(4) == b""  # closed without a banner
+        finally:
+            extra.close()
+    finally:
+        for sock in held:
+            sock.close()
