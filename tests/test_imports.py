@@ -497,6 +497,15 @@ def test_decompression_bomb_stops_at_the_size_limit(import_env: ImportEnv, setti
     assert "more than 2097152 bytes" in reason
 
 
+def test_zip_larger_than_the_limit_is_not_spooled_to_disk(
+    import_env: ImportEnv, settings: Any
+) -> None:
+    settings.IMPORT_MAX_DECOMPRESSED_BYTES = 64 * 1024
+    stored = zip_bytes({"m.csv": b"email\n" + os.urandom(200 * 1024).hex().encode()})
+    import_env.put("members-1.zip", stored)
+    assert_failed_once(import_env.run(), "members-1.zip", "larger than the import limit")
+
+
 def test_decompression_bomb_stops_at_the_ratio_limit(import_env: ImportEnv, settings: Any) -> None:
     settings.IMPORT_RATIO_CHECK_AFTER_BYTES = 1024 * 1024
     settings.IMPORT_MAX_COMPRESSION_RATIO = 100

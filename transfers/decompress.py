@@ -32,7 +32,6 @@ import gzip
 import io
 import posixpath
 import re
-import shutil
 import tempfile
 import zipfile
 import zlib
@@ -190,7 +189,7 @@ def _open_zip(
     stack: contextlib.ExitStack, stream: BinaryIO, name: str, limits: Limits
 ) -> tuple[io.RawIOBase, str]:
     spool = stack.enter_context(tempfile.TemporaryFile(prefix="lyt-zip-", dir=limits.spool_dir))
-    shutil.copyfileobj(stream, spool, BUFFER_SIZE)
+    _spool_bounded(stream, spool, name, limits.max_bytes)
     spool.seek(0)
     try:
         archive = stack.enter_context(zipfile.ZipFile(spool))
@@ -203,6 +202,23 @@ def _open_zip(
         raise FileRejected(f"The zip member of '{name}' cannot be read: {exc}.") from None
     source = _Fixed(member.compress_size)
     return _Guarded(opened, source, "zip", limits), posixpath.basename(member.filename)
+
+
+def _spool_bounded(stream: BinaryIO, spool: BinaryIO, name: str, limit: int) -> None:
+    """Copy the zip to local disk, refusing one larger than the import size limit.
+
+    The zip's size comes from the server, which may lie (a sparse file of a terabyte):
+    counting what arrives keeps the worker's disk from filling up.
+    """
+    copied = 0
+    while chunk := stream.read(BUFFER_SIZE):
+        copied += len(chunk)
+        if copied > limit:
+            raise FileRejected(
+                f"'{name}' is larger than the import limit of {limit} bytes "
+                "(IMPORT_MAX_DECOMPRESSED_BYTES); it was not imported."
+            )
+        spool.write(chunk)
 
 
 def _single_member(archive: zipfile.ZipFile, name: str, limits: Limits) -> zipfile.ZipInfo:
