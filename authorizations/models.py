@@ -26,7 +26,9 @@ class Partner(models.Model):
         help_text="The partner's PGP public key (ASCII-armoured). Generated SSH keys for "
         "managed SFTP accounts are delivered encrypted to it.",
     )
-    pgp_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
+    pgp_fingerprint = models.CharField(
+        max_length=64, blank=True, editable=False, verbose_name="PGP fingerprint"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -176,10 +178,18 @@ class Authorization(models.Model):
     host_key_type = models.CharField(max_length=64, blank=True, editable=False)
     host_key_pinned_at = models.DateTimeField(null=True, blank=True, editable=False)
     private_key_fingerprint = models.CharField(max_length=128, blank=True, editable=False)
-    pgp_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
-    pgp_user_id = models.CharField(max_length=512, blank=True, editable=False)
-    pgp_algorithm = models.CharField(max_length=64, blank=True, editable=False)
-    pgp_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    pgp_fingerprint = models.CharField(
+        max_length=64, blank=True, editable=False, verbose_name="PGP fingerprint"
+    )
+    pgp_user_id = models.CharField(
+        max_length=512, blank=True, editable=False, verbose_name="PGP user id"
+    )
+    pgp_algorithm = models.CharField(
+        max_length=64, blank=True, editable=False, verbose_name="PGP algorithm"
+    )
+    pgp_expires_at = models.DateTimeField(
+        null=True, blank=True, editable=False, verbose_name="PGP key expires"
+    )
     last_tested_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_test_ok = models.BooleanField(null=True, editable=False)
     last_test_message = models.TextField(blank=True, editable=False)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the system programs lyticsops needs when they are missing (Debian/Ubuntu):
 # gpg (PGP), the OpenSSH client (sftp, ssh-keygen), OpenSSH's sshd (test fixtures and
-# benchmarks) and puttygen (tests of PuTTY-key validation). Safe to run repeatedly.
+# benchmarks), and with --test puttygen (tests of PuTTY-key validation) and Debian's
+# chromium (the browser tests in tests/e2e drive /usr/bin/chromium with Playwright; no
+# browser is downloaded). Safe to run repeatedly.
 set -euo pipefail
 
 need=()
@@ -12,6 +14,7 @@ command -v ssh-keygen >/dev/null || need+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 if [ "${1:-}" = "--test" ]; then
   command -v puttygen >/dev/null || need+=(putty-tools)
+  [ -x /usr/bin/chromium ] || need+=(chromium)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 
