@@ -174,6 +174,14 @@ def test_editing_a_job_from_the_admin_updates_its_schedule(
 
 
 # -- runs -----------------------------------------------------------------------------------
+def test_export_run_page_shows_rows_written_and_no_import_sections(staff_client, make_export_job):
+    run = service.start_run(make_export_job(), Run.Trigger.MANUAL, enqueue=False)
+    Run.objects.filter(pk=run.pk).update(status="succeeded", rows_read=4321, file_name="out.csv")
+    html = staff_client.get(reverse("admin:transfers_run_change", args=[run.pk])).content.decode()
+    assert "Rows written" in html and "4321" in html and "out.csv" in html
+    assert "Rejected rows" not in html and "Files imported" not in html
+
+
 def test_run_page_shows_counters_rejected_rows_files_log_and_error(staff_client, make_import_job):
     run = service.start_run(make_import_job(), Run.Trigger.MANUAL, enqueue=False)
     Run.objects.filter(pk=run.pk).update(

@@ -352,6 +352,7 @@ class RunAdmin(ReadOnlyAdmin):
         ("Worker", {"fields": ["celery_task_id"], "classes": ["collapse"]}),
     ]
     readonly_fields = [
+        "rows_written",
         "job_link",
         "status_display",
         "duration",
@@ -360,6 +361,21 @@ class RunAdmin(ReadOnlyAdmin):
         "skipped_files_table",
         "log_display",
     ]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Run | None = None):
+        if obj is None or obj.kind != Run.Kind.EXPORT:
+            return self.fieldsets
+        # An export writes one file: no per-file ledger, no rejected rows.
+        export_progress = ["rows_written", "bytes_transferred", "file_name", "sha256"]
+        return [
+            (title, {**opts, "fields": export_progress}) if title == "Progress" else (title, opts)
+            for title, opts in self.fieldsets
+            if title not in ("Rejected rows", "Skipped and failed files")
+        ]
+
+    @admin.display(description="rows written")
+    def rows_written(self, obj: Run) -> int:
+        return obj.rows_read  # exports count the rows they read from the audience and write
 
     @admin.display(description="job")
     def job_link(self, obj: Run) -> str:
