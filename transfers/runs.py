@@ -38,7 +38,7 @@ from django.db.models.sql.constants import NO_RESULTS
 
 from transfers.models import Run
 
-log = logging.getLogger("transfers.imports")
+log = logging.getLogger(__name__)
 
 COUNTERS = (
     "files_seen",
