@@ -586,7 +586,7 @@ def test_5_audience_and_export_job(staff: Staff):
     page.click("#run-now")
     expect(page).to_have_url(re.compile(r"/admin/transfers/run/\d+/change/$"))
     wait_for_run(staff, "succeeded", seen_live=False)
-    expect(staff.readonly("rows_read")).to_have_text("2")
+    expect(staff.readonly("rows_written")).to_have_text("2")
     file_name = staff.readonly("file_name").inner_text().strip()
     assert re.fullmatch(r"french-members-\d{8}-\d{6}\.csv", file_name), file_name
 
