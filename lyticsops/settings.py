@@ -194,6 +194,9 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Beat saves when each task last ran after every task it sends (one small UPDATE), not
+# every 3 minutes: a beat restarted in between would send a daily job a second time.
+CELERY_BEAT_SYNC_EVERY = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 
 # --- Logging: secrets are never passed to a logger; see authorizations.fields. ----------

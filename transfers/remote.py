@@ -142,8 +142,12 @@ class LocalFolder:
         except PermissionError:
             raise SftpError("permission", f"permission denied {action} '{name}'") from None
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise SftpError("server_error", f"no space left {action} '{name}'") from None
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SftpError(
+                    "server_error",
+                    f"no space left on the managed SFTP storage {action} '{name}' (disk full "
+                    "or quota reached); free some space, then run the job again",
+                ) from None
             raise SftpError(
                 "server_error", f"{action} '{name}' failed: {exc.strerror or exc}"
             ) from None
@@ -194,20 +198,18 @@ class LocalFolder:
                     progress(total)
         return total
 
-    def open_write(self, name: str) -> BinaryIO:
+    def open_write(self, name: str) -> LocalWriter:
         with self._errors("creating", name):
-            return open(self._path(name), "wb", buffering=COPY_CHUNK)
+            return LocalWriter(self, name, open(self._path(name), "wb", buffering=COPY_CHUNK))
 
     def upload(self, fileobj: BinaryIO, name: str, progress: Progress | None = None) -> int:
         total = 0
-        with self.open_write(name) as target, self._errors("writing", name):
+        with self.open_write(name) as target:
             while chunk := fileobj.read(COPY_CHUNK):
                 target.write(chunk)
                 total += len(chunk)
                 if progress is not None:
                     progress(total)
-            target.flush()
-            os.fsync(target.fileno())
         return total
 
     # ---------------------------------------------------------------- changing things
@@ -227,6 +229,52 @@ class LocalFolder:
     def mkdir(self, name: str) -> None:
         with self._errors("creating folder", name):
             self._path(name).mkdir()
+
+
+class LocalWriter:
+    """A file being written in a `LocalFolder`, failing like a remote one would.
+
+    Errors (a full disk shows up at ``write`` or only at ``close``, when the buffer is
+    flushed) are `SftpError`, with the file's name, instead of a bare OSError; ``close``
+    makes the bytes durable before the caller renames the file to its final name.
+    """
+
+    def __init__(self, folder: LocalFolder, name: str, file: BinaryIO) -> None:
+        self._folder, self._name, self._file = folder, name, file
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        with self._folder._errors("writing", self._name):
+            return self._file.write(data)
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        try:
+            with self._folder._errors("writing", self._name):
+                self._file.flush()
+                os.fsync(self._file.fileno())
+        except BaseException:
+            self.abort()
+            raise
+        self._file.close()
+
+    def abort(self) -> None:
+        """Stop without finishing (the caller removes the partial file)."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+
+    def __enter__(self) -> LocalWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def _remote_file(name: str, info: os.stat_result) -> RemoteFile:

@@ -26,13 +26,13 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from transfers import locks
+from transfers import locks, pgp
 from transfers.errors import JobLocked, TransferError, is_retryable
 from transfers.models import ExportJob, ImportJob, Job, Run
 
@@ -316,7 +316,8 @@ def _sentence(text: str) -> str:
 
 def _on_error(run: Run, exc: Exception, attempt: int, retry: bool) -> Run:
     message = describe(exc)
-    known = isinstance(exc, TransferError) or is_retryable(exc)
+    # Errors that classify themselves (as describe() sees them) are expected: no traceback.
+    known = isinstance(exc, TransferError) or hasattr(exc, "retryable") or is_retryable(exc)
     log.log(
         logging.WARNING if known else logging.ERROR,
         "run %s attempt %s: %s",
@@ -331,15 +332,25 @@ def _on_error(run: Run, exc: Exception, attempt: int, retry: bool) -> Run:
         return fail(run, f"{message} This is usually temporary: run the job again later.")
     if attempt > max_retries():
         return fail(
-            run,
-            f"Gave up after {attempt} attempts. Last error: {message} Check that the server "
-            "is reachable (Test connection on the authorization), then run the job again.",
+            run, f"Gave up after {attempt} attempts. Last error: {message} {give_up_advice(exc)}"
         )
     countdown = retry_delay(attempt)
     note = f"Attempt {attempt} failed: {message} Retrying in about {countdown} s."
     Run.objects.filter(pk=run.pk).update(status=Run.Status.QUEUED, error=note)
     append_log(run.pk, note)
     raise RetryRun(run.pk, attempt + 1, countdown, message) from exc
+
+
+def give_up_advice(exc: BaseException) -> str:
+    """What to check before running the job again, by where the last error came from."""
+    if isinstance(exc, pgp.PgpError):  # gpg missing or failing on the worker machine
+        return "Fix gpg on the worker machines as the error says, then run the job again."
+    if isinstance(exc.__cause__, DatabaseError):
+        return "Check that the database is reachable and healthy, then run the job again."
+    return (
+        "Check that the server is reachable (Test connection on the authorization), then "
+        "run the job again."
+    )
 
 
 def _wait_for_lock(run: Run, exc: JobLocked, attempt: int, retry: bool) -> Run:

@@ -661,7 +661,9 @@ class SftpSession:
         ):
             return SftpError("reset", f"connection to {where} lost while {action} {what}")
         if isinstance(exc, OSError) and code is None:
-            return SftpError("server_error", f"the server refused {action} {what}: {exc}")
+            # SSH_FX_FAILURE: OpenSSH answers a full disk or an exceeded quota this way.
+            hint = " (is its disk full, or a quota reached?)" if action == "uploading" else ""
+            return SftpError("server_error", f"the server refused {action} {what}: {exc}{hint}")
         return SftpError("protocol", f"SFTP error while {action} {what}: {exc}")
 
     def _missing(self, name: str | None) -> SftpError:
