@@ -7,8 +7,6 @@ file that exists but cannot be read is an error, never a reason to make a new ke
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import os
 import secrets
@@ -18,6 +16,8 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from django.conf import settings
+
+from transfers.sshkeys import fingerprint_of
 
 logger = logging.getLogger("sftpd")
 
@@ -60,10 +60,9 @@ def _create(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def fingerprint(key: paramiko.PKey) -> str:
-    """OpenSSH's SHA256 fingerprint, as `ssh-keygen -lf` prints it."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+# OpenSSH's SHA256 fingerprint, as `ssh-keygen -lf` prints it: one implementation for
+# the client (pinning) and the server (showing its key, logging which key logged in).
+fingerprint = fingerprint_of
 
 
 def host_key_fingerprint() -> str:
