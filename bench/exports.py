@@ -47,6 +47,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import migrated_database  # noqa: E402  (needs ROOT on the path)
+
 COLUMNS = ["first", "last", "country", "score", "vip"]
 GOAL_RATIO = 1.5
 GOAL_RSS_MB = 300
@@ -55,35 +57,12 @@ LAST = ["Martin", "Bernard", "Dubois", "Müller", "O'Brien", "Smith, Jr.", "Nguy
 COUNTRIES = ["FR", "DE", "GB", "US", "ES", "IT", "JP"]
 
 
-def psql(url: str, *args: str, stdin: bytes | None = None) -> str:
-    done = subprocess.run(
-        ["psql", url, "-v", "ON_ERROR_STOP=1", "-qAt", *args],
-        input=stdin,
-        capture_output=True,
-        check=True,
-    )
-    return done.stdout.decode()
-
-
 # --------------------------------------------------------------------------- database
 
 
 def prepare_database(server_url: str, name: str, rows: int) -> str:
     """Create, migrate and fill the benchmark database; returns its URL."""
-    if not name.replace("_", "").isalnum():
-        raise SystemExit("--db: letters, digits and _ only")
-    exists = psql(server_url, "-c", f"select 1 from pg_database where datname = '{name}'")  # noqa: S608
-    if not exists.strip():
-        psql(server_url, "-c", f'create database "{name}"')
-    url = server_url.rsplit("/", 1)[0] + "/" + name
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lyticsops.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
+    url = migrated_database(server_url, name)
     fill(rows)
     return url
 

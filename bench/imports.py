@@ -44,6 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import migrated_database, psql  # noqa: E402  (needs ROOT on the path)
+
 GOAL_RATIO = 1.5
 GOAL_RSS_MB = 300
 HEADER = ["email", "first_name", "last_name", "city", "country", "signup_date"]
@@ -66,13 +68,6 @@ ON CONFLICT (identity) DO UPDATE
     SET attributes = p.attributes || EXCLUDED.attributes, updated_at = EXCLUDED.updated_at;
 COMMIT;
 """
-
-
-def psql(url: str, *args: str) -> str:
-    done = subprocess.run(
-        ["psql", url, "-v", "ON_ERROR_STOP=1", "-qAt", *args], capture_output=True, check=True
-    )
-    return done.stdout.decode()
 
 
 # --------------------------------------------------------------------------- inputs
@@ -98,20 +93,7 @@ def encrypt(keys: Any, fingerprint: str, plain: Path, target: Path) -> None:
 
 
 def prepare_database(server_url: str, name: str) -> str:
-    if not name.replace("_", "").isalnum():
-        raise SystemExit("--db: letters, digits and _ only")
-    exists = psql(server_url, "-c", f"select 1 from pg_database where datname = '{name}'")  # noqa: S608
-    if not exists.strip():
-        psql(server_url, "-c", f'create database "{name}"')
-    url = server_url.rsplit("/", 1)[0] + "/" + name
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lyticsops.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
+    url = migrated_database(server_url, name)
     psql(
         url, "-c", "create table if not exists bench_profiles (like profiles_profile including all)"
     )
