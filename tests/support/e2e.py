@@ -40,6 +40,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# OpenSSH client options shared with the managed-server tests.
+from tests.support.sftpd import SFTP_OPTIONS
+
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "test-output" / "e2e"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -54,20 +57,6 @@ CHROMIUM_ARGS = [
 ]
 ADMIN_USERNAME = "staff"
 START_TIMEOUT = 90.0  # seconds; this machine is small and often busy
-SFTP_OPTIONS = [
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "BatchMode=yes",
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "IdentitiesOnly=yes",
-    "-o",
-    "ConnectTimeout=10",
-]
 
 
 def free_port() -> int:

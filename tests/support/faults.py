@@ -24,7 +24,7 @@ from typing import Any
 
 import paramiko
 
-from tests.support.sshd import PasswordSftpServer, _Auth, _Handle, _Sftp, free_port
+from tests.support.sshd import PasswordSftpServer, _Handle, _Sftp, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,6 +91,8 @@ class GatedSftpServer(PasswordSftpServer):
     is reached once the client has consumed about N bytes of the file.
     """
 
+    sftp_handler = _GatedSftp
+
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir)
         self.gate_at: int | None = None
@@ -140,27 +142,6 @@ class GatedSftpServer(PasswordSftpServer):
     def stop(self) -> None:
         self.release()
         super().stop()
-
-    def _serve(self) -> None:
-        # As PasswordSftpServer._serve, with the gated SFTP handler.
-        listener, stopping = self._listener, self._stopping
-        listener.settimeout(0.05)
-        while not stopping.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.settimeout(None)
-            transport = paramiko.Transport(conn)
-            transport.add_server_key(self._host_key)
-            transport.set_subsystem_handler("sftp", paramiko.SFTPServer, _GatedSftp, owner=self)
-            self._transports.append(transport)
-            try:
-                transport.start_server(server=_Auth(self))
-            except (paramiko.SSHException, EOFError, OSError):
-                transport.close()
 
 
 class SilentServer:

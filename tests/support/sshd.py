@@ -318,6 +318,8 @@ class _Auth(paramiko.ServerInterface):
 class PasswordSftpServer:
     """paramiko SFTP server in background threads: password auth, optional public keys."""
 
+    sftp_handler: type[paramiko.SFTPServerInterface] = _Sftp
+
     def __init__(self, data_dir: Path) -> None:
         self.host = "127.0.0.1"
         self.username = "partner"
@@ -352,11 +354,13 @@ class PasswordSftpServer:
             transport.close()
 
     def _serve(self) -> None:
-        # close() from another thread does not wake a blocked accept(): poll instead
-        self._listener.settimeout(0.05)
-        while not self._stopping.is_set():
+        # close() from another thread does not wake a blocked accept(): poll instead. The
+        # loop keeps its own listener and event: a subclass may restart with new ones.
+        listener, stopping = self._listener, self._stopping
+        listener.settimeout(0.05)
+        while not stopping.is_set():
             try:
-                conn, _ = self._listener.accept()
+                conn, _ = listener.accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -364,7 +368,9 @@ class PasswordSftpServer:
             conn.settimeout(None)
             transport = paramiko.Transport(conn)
             transport.add_server_key(self._host_key)
-            transport.set_subsystem_handler("sftp", paramiko.SFTPServer, _Sftp, owner=self)
+            transport.set_subsystem_handler(
+                "sftp", paramiko.SFTPServer, self.sftp_handler, owner=self
+            )
             self._transports.append(transport)
             try:
                 transport.start_server(server=_Auth(self))
