@@ -862,16 +862,22 @@ class SftpServer:
         self._ban_cache.clear()
 
     def refuse_banned(self, ip: str, sock: socket.socket) -> None:
-        """Close a banned client's socket before any SSH; audit it at most once a minute."""
-        sock.close()
+        """Close a banned client's socket before any SSH; audit it at most once a minute.
+
+        The audit event is queued before the socket closes, so that whoever sees the
+        refusal (a test, an operator) finds it in the audit log once queued work is flushed.
+        """
         now = time.monotonic()
-        if self._refusals_logged.get(ip, 0.0) > now:
-            return
-        self._refusals_logged[ip] = now + 60
-        logger.info("sftpd: refused %s: banned", ip)
-        self.db.submit(
-            store.write_audit, Event.REFUSED_BANNED, ip=ip, detail="connection refused: IP banned"
-        )
+        if self._refusals_logged.get(ip, 0.0) <= now:
+            self._refusals_logged[ip] = now + 60
+            logger.info("sftpd: refused %s: banned", ip)
+            self.db.submit(
+                store.write_audit,
+                Event.REFUSED_BANNED,
+                ip=ip,
+                detail="connection refused: IP banned",
+            )
+        sock.close()
 
     def release(self, connection: Connection) -> None:
         with self._lock:
