@@ -17,6 +17,8 @@ import pytest
 from django.contrib.auth.hashers import make_password
 from django.utils import timezone
 
+from tests.support.sftpd import ssh_client
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 LOGIN_REFUSED = (paramiko.AuthenticationException,)
@@ -357,16 +359,7 @@ def test_killed_openssh_upload_leaves_no_file(sftpd, make_sftp_account, sftpd_ke
 def test_transport_closed_mid_upload_leaves_no_file(sftpd, make_sftp_account, sftpd_key):
     key = sftpd_key()
     make_sftp_account(public_keys=key.public_line)
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507
-    client.connect(
-        "127.0.0.1",
-        port=sftpd.port,
-        username="acme_ftp",
-        pkey=key.pkey,
-        allow_agent=False,
-        look_for_keys=False,
-    )
+    client = ssh_client(sftpd.port, "acme_ftp", pkey=key.pkey)
     sftp = client.open_sftp()
     handle = sftp.open("outbound/partial.bin", "w")
     handle.write(os.urandom(200_000))
@@ -648,16 +641,7 @@ def test_server_presents_the_configured_host_key(sftpd, make_sftp_account, sftpd
 def test_many_threads_of_one_connection_cannot_exceed_channels(sftpd, make_sftp_account, sftpd_key):
     key = sftpd_key()
     make_sftp_account(public_keys=key.public_line)
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507
-    client.connect(
-        "127.0.0.1",
-        port=sftpd.port,
-        username="acme_ftp",
-        pkey=key.pkey,
-        allow_agent=False,
-        look_for_keys=False,
-    )
+    client = ssh_client(sftpd.port, "acme_ftp", pkey=key.pkey)
     try:
         opened = []
         for _ in range(sftpd.server.config.max_channels):

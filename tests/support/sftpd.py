@@ -213,14 +213,14 @@ def run_sftp(
     )
 
 
-@contextmanager
-def paramiko_sftp(
+def ssh_client(
     port: int,
     username: str,
     *,
     password: str | None = None,
     pkey: paramiko.PKey | None = None,
-) -> Iterator[paramiko.SFTPClient]:
+) -> paramiko.SSHClient:
+    """A paramiko client logged in to the test server (the caller closes it)."""
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 - test server
     try:
@@ -236,13 +236,29 @@ def paramiko_sftp(
             banner_timeout=10,
             auth_timeout=10,
         )
+    except BaseException:
+        client.close()  # also after a refused login, like a real client giving up
+        raise
+    return client
+
+
+@contextmanager
+def paramiko_sftp(
+    port: int,
+    username: str,
+    *,
+    password: str | None = None,
+    pkey: paramiko.PKey | None = None,
+) -> Iterator[paramiko.SFTPClient]:
+    client = ssh_client(port, username, password=password, pkey=pkey)
+    try:
         sftp = client.open_sftp()
         try:
             yield sftp
         finally:
             sftp.close()
     finally:
-        client.close()  # also after a refused login, like a real client giving up
+        client.close()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02):
